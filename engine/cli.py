@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--device", help=f"torch device: auto, cpu, cuda or cuda:N; default ${DEVICE_ENV_VAR} or auto (CUDA when present)")
 
     training = argparse.ArgumentParser(add_help=False)
-    training.add_argument("--epochs", type=int, default=DCGANConfig.epochs, help="training epochs, passes over the cluster's images (default %(default)s)")
-    training.add_argument("--batch-size", type=int, default=DCGANConfig.batch_size, help="images per optimiser step (default %(default)s)")
+    training.add_argument("--epochs", type=int, help=f"training epochs, passes over the cluster's images (default {DCGANConfig.epochs})")
+    training.add_argument("--batch-size", type=int, help=f"images per optimiser step (default {DCGANConfig.batch_size})")
     training.add_argument("--seed", type=int, default=0, help="random seed for training and generation (default %(default)s)")
 
     parser = argparse.ArgumentParser(
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     fill.add_argument("--out", type=Path, help="write a PNG grid of the generated images here")
     fill.add_argument("--hide", action="store_true", help="leave the writer's own images of the digit out of everything the method sees")
     fill.add_argument("--no-train", action="store_true", help="fail instead of training a missing model")
+    fill.add_argument("--truncation", type=float, help="draw generator noise from a normal truncated to [-T, T]; smaller T gives more typical images (default: no truncation)")
     fill.set_defaults(handler=command_fill)
 
     models = commands.add_parser("models", parents=[common, method], help="list trained models with their settings")
@@ -129,13 +130,21 @@ def make_studio(args: argparse.Namespace):
     )
 
 
-def training_config(args: argparse.Namespace) -> DCGANConfig:
-    """Return the DCGAN settings chosen on the command line."""
-    if args.epochs < 1:
-        raise InputError(f"--epochs must be at least 1, got {args.epochs}")
-    if args.batch_size < 2:
-        raise InputError(f"--batch-size must be at least 2, got {args.batch_size}")
-    return DCGANConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+def training_config(args: argparse.Namespace, required: bool = True) -> DCGANConfig | None:
+    """Return the DCGAN settings chosen on the command line.
+
+    With `required` False and neither --epochs nor --batch-size given, return None: a saved model
+    is then used whatever its settings.
+    """
+    if not required and args.epochs is None and args.batch_size is None:
+        return None
+    epochs = DCGANConfig.epochs if args.epochs is None else args.epochs
+    batch_size = DCGANConfig.batch_size if args.batch_size is None else args.batch_size
+    if epochs < 1:
+        raise InputError(f"--epochs must be at least 1, got {epochs}")
+    if batch_size < 2:
+        raise InputError(f"--batch-size must be at least 2, got {batch_size}")
+    return DCGANConfig(epochs=epochs, batch_size=batch_size, seed=args.seed)
 
 
 class EpochBar:
@@ -209,12 +218,12 @@ def command_fill(args: argparse.Namespace) -> dict:
     from engine.images import make_grid
 
     studio = make_studio(args)
-    config = training_config(args)
+    config = training_config(args, required=False)
     bar = EpochBar(f"training digit {args.digit} model")
     try:
         result = studio.fill(
             args.writer, args.digit, n=args.n, k=args.k, hide=args.hide, config=config,
-            seed=args.seed, train_if_missing=not args.no_train, on_epoch=bar,
+            seed=args.seed, train_if_missing=not args.no_train, on_epoch=bar, truncation=args.truncation,
         )
     finally:
         bar.close()
