@@ -51,6 +51,9 @@ from engine.style import DEFAULT_REPRESENTATION, validate_representation
 
 logger = logging.getLogger(__name__)
 
+# Noise truncation used when filling a cell; see `engine.dcgan.generate` and docs/quality.md.
+DEFAULT_TRUNCATION: float | None = None
+
 
 @dataclass(frozen=True)
 class ConsistencyReport:
@@ -311,12 +314,15 @@ class Studio:
         seed: int = 0,
         train_if_missing: bool = True,
         on_epoch: Callable[[EpochProgress], None] | None = None,
+        truncation: float | None = DEFAULT_TRUNCATION,
     ) -> FillResult:
         """Fill X(writer, digit) with `n` generated images by cluster-GAN-cluster.
 
         With `hide`, the writer's own images of `digit` are left out of the clustering, the vote and
         the training images, so the result can be compared with them honestly. The model of the
-        chosen cluster is trained first when it is missing and `train_if_missing` is set.
+        chosen cluster is trained first when it is missing and `train_if_missing` is set. A `config`
+        that differs from the saved model's settings trains the model again with it.
+        `truncation` is passed to `engine.dcgan.generate`.
         """
         digit = validate_digit(digit)
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10_000:
@@ -329,6 +335,9 @@ class Studio:
 
         path = self.model_path(digit, choice.cluster, k, dataset)
         checkpoint = self.load_model(digit, choice.cluster, k, dataset)
+        if checkpoint is not None and config is not None and checkpoint.config != config:
+            logger.info("saved model %s was trained with other settings; training again", path)
+            checkpoint = None
         trained_now = False
         if checkpoint is None:
             if not train_if_missing:
@@ -339,7 +348,7 @@ class Studio:
             checkpoint = self.train_model(digit, choice.cluster, k, config, dataset, on_epoch)
             trained_now = True
 
-        images = generate(checkpoint, n, seed=seed, device=self.device)
+        images = generate(checkpoint, n, seed=seed, device=self.device, truncation=truncation)
         report = self.consistency(clusterings[digit], choice.cluster, images, dataset)
         return FillResult(
             writer=writer,

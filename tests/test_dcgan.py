@@ -381,3 +381,17 @@ def test_init_dcgan_weights_discriminator_statistics():
         module.weight.flatten() for module in discriminator.modules() if isinstance(module, torch.nn.Conv2d)
     ])
     assert weights.std().item() == pytest.approx(0.02, abs=5e-4)
+
+
+def test_generate_truncation_reproducible(trained):
+    checkpoint, _ = trained
+    first = generate(checkpoint, 8, seed=2, truncation=1.0)
+    assert np.array_equal(first, generate(checkpoint, 8, seed=2, truncation=1.0))
+    assert not np.array_equal(first, generate(checkpoint, 8, seed=2))
+
+
+@pytest.mark.parametrize("truncation", [0.0, -1.0, 5.0])
+def test_generate_bad_truncation_raises(trained, truncation):
+    checkpoint, _ = trained
+    with pytest.raises(InputError, match="truncation must be in"):
+        generate(checkpoint, 4, truncation=truncation)
