@@ -4,7 +4,8 @@ Usage: python benchmarks/cluster_consistency.py --data ../shared/femnist --cache
            --digits 0,2 --epochs 100 --batch-size 32 [--n 500]
 
 For each (digit, cluster) it prints the share of `n` generated images that the nearest-centroid rule
-places in the model's own cluster, next to the same share for that cluster's real images.
+places in the model's own cluster, for each noise truncation in --truncations ("none" is the plain
+normal), next to the same share for that cluster's real images.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=DCGANConfig.batch_size, help="images per step")
     parser.add_argument("--n", type=int, default=500, help="generated images per model")
     parser.add_argument("--retrain", action="store_true", help="train even when a model is saved")
+    parser.add_argument("--truncations", default="none,1.5,1.0,0.75", help="comma-separated noise truncations to compare")
     args = parser.parse_args()
 
     studio = Studio(args.data, args.cache)
     config = DCGANConfig(epochs=args.epochs, batch_size=args.batch_size)
+    truncations = [None if item == "none" else float(item) for item in args.truncations.split(",")]
     rows = []
     for digit in [int(d) for d in args.digits.split(",")]:
         clustering = studio.clustering(digit, args.k)
@@ -43,21 +46,25 @@ def main() -> None:
             checkpoint = None if args.retrain else studio.load_model(digit, cluster, args.k)
             if checkpoint is None or checkpoint.config != config:
                 checkpoint = studio.train_model(digit, cluster, args.k, config)
-            images = generate(checkpoint, args.n, seed=1, device=studio.device)
-            report = studio.consistency(clustering, cluster, images)
-            rows.append({
-                "digit": digit, "cluster": cluster, "images": checkpoint.image_count,
-                "generated_in_cluster": round(report.generated_in_cluster, 3),
-                "real_in_cluster": round(report.real_in_cluster, 3),
-                "seconds": round(time.perf_counter() - started, 1),
-            })
+            row = {"digit": digit, "cluster": cluster, "images": checkpoint.image_count}
+            for truncation in truncations:
+                images = generate(checkpoint, args.n, seed=1, device=studio.device, truncation=truncation)
+                report = studio.consistency(clustering, cluster, images)
+                row[f"generated_in_cluster@{truncation}"] = round(report.generated_in_cluster, 3)
+            row["real_in_cluster"] = round(report.real_in_cluster, 3)
+            row["seconds"] = round(time.perf_counter() - started, 1)
+            rows.append(row)
             print(json.dumps(rows[-1]), flush=True)
 
     for digit in sorted({row["digit"] for row in rows}):
         chosen = [row for row in rows if row["digit"] == digit]
-        generated = sum(row["generated_in_cluster"] for row in chosen) / len(chosen)
         real = sum(row["real_in_cluster"] for row in chosen) / len(chosen)
-        print(f"digit {digit}: mean generated-in-cluster {generated:.3f}, real-in-cluster {real:.3f} over {len(chosen)} clusters")
+        generated = {
+            truncation: sum(row[f"generated_in_cluster@{truncation}"] for row in chosen) / len(chosen)
+            for truncation in truncations
+        }
+        shares = ", ".join(f"truncation {t}: {share:.3f}" for t, share in generated.items())
+        print(f"digit {digit} over {len(chosen)} clusters: real {real:.3f}; generated {shares}")
 
 
 if __name__ == "__main__":
