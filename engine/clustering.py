@@ -100,6 +100,21 @@ class DigitClustering:
         distances = ((vectors[:, None, :] - self.centroids[None, :, :]) ** 2).sum(axis=2)  # (N, k)
         return distances.argmin(axis=1)
 
+    def place_image_sets(self, images: np.ndarray, set_size: int, set_count: int, seed: int = 0) -> np.ndarray:
+        """Return the cluster (set_count,) of random `set_size`-image subsets of `images`.
+
+        Each subset is placed the way a writer is clustered: by the nearest centroid to the mean
+        of its images' style vectors. Subsets are drawn without replacement within a subset.
+        """
+        if len(images) < set_size:
+            return np.zeros(0, dtype=np.int64)
+        vectors = self.transform(image_features(images, self.representation))  # (N, D)
+        rng = np.random.default_rng(seed)
+        members = np.stack([rng.choice(len(images), size=set_size, replace=False) for _ in range(set_count)])
+        means = vectors[members].mean(axis=1)  # (set_count, D)
+        distances = ((means[:, None, :] - self.centroids[None, :, :]) ** 2).sum(axis=2)
+        return distances.argmin(axis=1)
+
     def summary(self) -> dict:
         """Describe the clustering in plain types for the CLI and the app."""
         return {

@@ -55,9 +55,19 @@ logger = logging.getLogger(__name__)
 DEFAULT_TRUNCATION: float | None = None
 
 
+# Random image sets placed per consistency report, and their seed.
+CONSISTENCY_SET_COUNT = 200
+CONSISTENCY_SEED = 0
+
+
 @dataclass(frozen=True)
 class ConsistencyReport:
-    """Share of images placed in the chosen cluster, for generated images and the cluster's real ones."""
+    """Share of images placed in the chosen cluster, for generated images and the cluster's real ones.
+
+    The per-image figures place each image alone (nearest centroid to its style vector). The set
+    figures place random sets of `set_size` images by the mean of their style vectors, the way a
+    writer's cell is clustered; `set_size` is the median cell size of the digit's writers.
+    """
 
     cluster: int
     generated_in_cluster: float
@@ -65,6 +75,9 @@ class ConsistencyReport:
     real_in_cluster: float
     real_count: int
     generated_placement: list[int]  # images placed in each cluster, (k,)
+    set_size: int
+    generated_sets_in_cluster: float
+    real_sets_in_cluster: float
 
     def to_dict(self) -> dict:
         """Return the report in plain types."""
@@ -75,6 +88,9 @@ class ConsistencyReport:
             "real_in_cluster": round(self.real_in_cluster, 4),
             "real_count": self.real_count,
             "generated_placement": self.generated_placement,
+            "set_size": self.set_size,
+            "generated_sets_in_cluster": round(self.generated_sets_in_cluster, 4),
+            "real_sets_in_cluster": round(self.real_sets_in_cluster, 4),
         }
 
 
@@ -294,13 +310,19 @@ class Studio:
         placed = clustering.place_images(generated)
         real = self.cluster_images(clustering.digit, cluster, clustering.k, dataset)
         real_placed = clustering.place_images(real)
+        set_size = max(1, int(np.median(clustering.image_counts)))
+        generated_sets = clustering.place_image_sets(generated, set_size, CONSISTENCY_SET_COUNT, CONSISTENCY_SEED)
+        real_sets = clustering.place_image_sets(real, set_size, CONSISTENCY_SET_COUNT, CONSISTENCY_SEED)
         return ConsistencyReport(
             cluster=cluster,
-            generated_in_cluster=float(np.mean(placed == cluster)) if len(placed) else 0.0,
+            generated_in_cluster=_share(placed, cluster),
             generated_count=int(len(placed)),
-            real_in_cluster=float(np.mean(real_placed == cluster)) if len(real_placed) else 0.0,
+            real_in_cluster=_share(real_placed, cluster),
             real_count=int(len(real_placed)),
             generated_placement=np.bincount(placed, minlength=clustering.k).astype(int).tolist(),
+            set_size=set_size,
+            generated_sets_in_cluster=_share(generated_sets, cluster),
+            real_sets_in_cluster=_share(real_sets, cluster),
         )
 
     def fill(
@@ -361,3 +383,8 @@ class Studio:
             hidden=hide,
             real_images=real_images,
         )
+
+
+def _share(placed: np.ndarray, cluster: int) -> float:
+    """Return the share of `placed` equal to `cluster`, 0.0 for an empty array."""
+    return float(np.mean(placed == cluster)) if len(placed) else 0.0

@@ -41,7 +41,7 @@ _INK_THRESHOLD = 0.25  # ink fraction above which a pixel counts as part of a st
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """How a representation is built and whether its columns are standardised before PCA."""
+    """Post-processing rule of a representation: whether its columns are standardised before PCA."""
 
     name: str
     standardise: bool

@@ -112,3 +112,15 @@ def test_normalised_shape_ignores_position() -> None:
     shifted = np.roll(np.roll(image, 9, axis=1), 11, axis=2)
     crops = normalised_shape(np.concatenate([image, shifted]))
     assert np.allclose(crops[0], crops[1], atol=1e-5)
+
+
+def test_whole_cell_set_placed_in_writer_cluster(studio: Studio, clustering) -> None:
+    for writer, label in list(zip(clustering.writers, clustering.labels))[:20]:
+        images = np.asarray(studio.dataset.images[studio.dataset.cell_indices(writer, 3)])
+        placed = clustering.place_image_sets(images, len(images), 1)
+        assert placed.tolist() == [label], writer
+
+
+def test_image_sets_larger_than_images_empty(clustering) -> None:
+    images = np.zeros((3, 28, 28), dtype=np.uint8)
+    assert clustering.place_image_sets(images, 5, 10).size == 0

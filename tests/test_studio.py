@@ -33,6 +33,9 @@ def test_fill_consistency_shares_in_range(hidden_fill) -> None:
     assert 0.0 <= report.generated_in_cluster <= 1.0
     assert 0.0 < report.real_in_cluster <= 1.0
     assert sum(report.generated_placement) == 16
+    assert 0.0 <= report.generated_sets_in_cluster <= 1.0
+    assert report.real_sets_in_cluster >= report.real_in_cluster
+    assert report.set_size >= 1
 
 
 def test_hidden_cell_never_reaches_training(studio: Studio, hidden_fill) -> None:
