@@ -270,6 +270,20 @@ def show_consistency(settings: StudioSettings, result: FillResult, k: int) -> No
         "of a cluster set the level to expect: generated images that match their cluster's style land "
         "in it about as often."
     )
+    set_generated, set_real = st.columns(2)
+    set_generated.metric(
+        f"Generated sets of {report.set_size} in cluster {report.cluster}",
+        f"{report.generated_sets_in_cluster:.0%}",
+    )
+    set_real.metric(
+        f"Real sets of {report.set_size} in cluster {report.cluster}",
+        f"{report.real_sets_in_cluster:.0%}",
+    )
+    st.caption(
+        f"Sets: random groups of {report.set_size} images (a typical cell's size) placed by the mean of "
+        "their style vectors, the way a writer is clustered. A single image is a noisy sample of a style; "
+        "a set shows whether the images as a whole sit in the cluster."
+    )
 
 
 def offer_training(studio: Studio, writer: str, digit: int, cluster: int, k: int, hide: bool) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 import os
 import re
 import signal
@@ -261,6 +263,11 @@ def test_compare_page_generates_missing_cell(app: AppTest, app_data: AppData) ->
     assert f"**Real X({writer}, {digit})**: 0 images" in markdown
     assert any(text.startswith(f"**Generated X({writer}, {digit})**: 64 images") for text in markdown)
     assert [button.label for button in app.get("download_button")] == ["PNG grid", "ZIP of single PNGs"]
+    set_size = app_data.studio.consistency(
+        app_data.studio.clustering(digit, DEFAULT_K), choice.cluster, np.zeros((0, 28, 28), np.uint8)
+    ).set_size
+    metric_labels = [metric.label for metric in app.metric]
+    assert f"Generated sets of {set_size} in cluster {choice.cluster}" in metric_labels
 
     app.selectbox(key="compare.count").set_value(16).run()
     assert any(text.startswith(f"**Generated X({writer}, {digit})**: 16 images") for text in values(app.markdown))
