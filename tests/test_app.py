@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 import os
 import re
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
