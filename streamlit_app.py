@@ -26,6 +26,7 @@ PAGES = [
     st.Page("app_pages/clusters.py", title="Clusters", icon=":material/scatter_plot:"),
     st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
     st.Page("app_pages/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("app_pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
 ]
 
 

@@ -18,6 +18,7 @@ from engine.clustering import DEFAULT_K, MAX_K, MIN_K
 from engine.dataset import DIGITS
 from engine.dcgan import DCGANConfig, EpochProgress
 from engine.errors import InputError
+from engine.quality import ClassifierConfig
 from engine.settings import CACHE_ENV_VAR, DATA_ENV_VAR, DEVICE_ENV_VAR
 from engine.style import DEFAULT_REPRESENTATION, REPRESENTATIONS
 
@@ -101,6 +102,32 @@ def build_parser() -> argparse.ArgumentParser:
     fill.add_argument("--no-train", action="store_true", help="fail instead of training a missing model")
     fill.add_argument("--truncation", type=float, help="draw generator noise from a normal truncated to [-T, T]; smaller T gives more typical images (default: no truncation)")
     fill.set_defaults(handler=command_fill)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        parents=[common, method],
+        help="measure generated handwriting: one model, all models of a digit, or the held-out-cell study",
+        description=(
+            "With --digit and --cluster, measure one saved model; with --digit alone, every saved model "
+            "of the digit; with --cells, hide that many real cells and compare cluster-GAN-cluster with "
+            "three baselines on them (trains the models it needs)."
+        ),
+    )
+    evaluate.add_argument("--digit", type=int, help="digit 0-9; with --cells, hide cells of this digit only")
+    evaluate.add_argument("--cluster", type=int, help="cluster index 0..k-1 of the model to measure (needs --digit)")
+    evaluate.add_argument("--cells", type=int, help="run the held-out study with this many hidden cells, one per writer")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the hidden-cell sample and the random other clusters (default %(default)s)")
+    evaluate.add_argument("--epochs", type=int, help=f"training epochs of the study's cluster models (default {DCGANConfig.epochs})")
+    evaluate.add_argument("--batch-size", type=int, help=f"images per optimiser step of the study's models (default {DCGANConfig.batch_size})")
+    evaluate.add_argument(
+        "--all-writers-epochs", type=int,
+        help="epochs of the study's all-writers model (default: as many optimiser steps as the digit's median cluster model)",
+    )
+    evaluate.add_argument("--n", type=int, default=500, help="images generated per model (default %(default)s)")
+    evaluate.add_argument("--classifier-epochs", type=int, default=ClassifierConfig.epochs, help="epochs of the feature classifier, trained once per dataset and setting (default %(default)s)")
+    evaluate.add_argument("--classifier-images", type=int, help="train the feature classifier on a random subset of this many train images (default: all)")
+    evaluate.add_argument("--out", type=Path, help="result JSON file (default: under <cache>/quality/)")
+    evaluate.set_defaults(handler=command_evaluate)
 
     models = commands.add_parser("models", parents=[common, method], help="list trained models with their settings")
     models.set_defaults(handler=command_models)
@@ -236,6 +263,168 @@ def command_fill(args: argparse.Namespace) -> dict:
             raise InputError(f"cannot write {str(args.out)!r}: {error.strerror}; choose another --out") from None
         output["png"] = str(args.out)
     return output
+
+
+def command_evaluate(args: argparse.Namespace) -> dict | None:
+    from engine import evaluation
+    from engine.quality import load_or_train_classifier
+
+    studio = make_studio(args)
+    classifier_config = ClassifierConfig(epochs=args.classifier_epochs, max_train_images=args.classifier_images)
+    if args.n < 2:
+        raise InputError(f"--n must be at least 2 generated images, got {args.n}")
+
+    if args.cells is not None:
+        if args.cluster is not None:
+            raise InputError("--cluster does not apply to the held-out study (--cells); leave it out")
+        settings = evaluation.StudySettings(
+            cells=args.cells,
+            seed=args.seed,
+            k=args.k,
+            config=training_config(args),
+            all_writers_epochs=args.all_writers_epochs,
+            classifier=classifier_config,
+            generated_per_model=args.n,
+            digits=tuple(DIGITS) if args.digit is None else (args.digit,),
+        )
+        path = args.out or evaluation.results_folder(studio) / settings.file_name(studio.representation)
+        bars = StudyBars()
+        try:
+            result = evaluation.run_held_out_study(studio, settings, path, on_epoch=bars)
+        finally:
+            bars.close()
+        result["result_file"] = str(path)
+        if args.json:
+            return evaluation.without_private_keys(result)
+        print(format_study_table(result))
+        return None
+
+    if args.digit is None:
+        raise InputError("give --digit (and optionally --cluster) to measure models, or --cells N for the held-out study")
+    clustering = studio.clustering(args.digit, args.k)
+    if args.cluster is not None:
+        clusters = [clustering.validate_cluster(args.cluster)]
+    else:
+        clusters = [cluster for cluster in range(clustering.k) if studio.model_path(args.digit, cluster, args.k).is_file()]
+        if not clusters:
+            raise InputError(
+                f"no saved model of digit {args.digit} at k={clustering.k}; train them with "
+                f"`python -m engine train --digit {args.digit} --all-clusters --k {clustering.k}`"
+            )
+    classifier = load_or_train_classifier(studio.dataset, studio.cache_dir, classifier_config)
+    rows = [
+        evaluation.evaluate_model(studio, classifier, args.digit, cluster, args.k, generated_count=args.n).to_dict()
+        for cluster in clusters
+    ]
+    path = args.out or evaluation.model_results_path(studio, clustering.k)
+    evaluation.record_model_results(path, rows, classifier)
+    result = {"models": rows, "classifier": classifier.summary(), "result_file": str(path)}
+    if args.json:
+        return result
+    print(format_model_table(result))
+    return None
+
+
+class StudyBars:
+    """One tqdm epoch bar per model the held-out study trains, closed when the next model starts."""
+
+    def __init__(self):
+        self.label: str | None = None
+        self.bar: EpochBar | None = None
+
+    def __call__(self, label: str, progress: EpochProgress) -> None:
+        if label != self.label:
+            self.close()
+            self.label, self.bar = label, EpochBar(label)
+        self.bar(progress)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.label, self.bar = None, None
+
+
+MODEL_COLUMNS = (
+    ("digit", "digit", "{}"),
+    ("cluster", "cluster", "{}"),
+    ("images", "training_images", "{}"),
+    ("recog gen", "recognisability_generated", "{:.3f}"),
+    ("recog real", "recognisability_real", "{:.3f}"),
+    ("FD gen", "frechet_generated", "{:.2f}"),
+    ("FD real/2", "frechet_real_halves", "{:.2f}"),
+    ("consist gen", "consistency_generated", "{:.3f}"),
+    ("consist real", "consistency_real", "{:.3f}"),
+    ("sets gen", "consistency_sets_generated", "{:.3f}"),
+    ("sets real", "consistency_sets_real", "{:.3f}"),
+    ("divers gen", "diversity_generated", "{:.2f}"),
+    ("divers real", "diversity_real", "{:.2f}"),
+)
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Render rows of strings as right-aligned columns under a header line."""
+    widths = [max(len(header), *(len(row[i]) for row in rows)) if rows else len(header) for i, header in enumerate(headers)]
+    lines = ["  ".join(header.rjust(width) for header, width in zip(headers, widths))]
+    lines.extend("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows)
+    return "\n".join(lines)
+
+
+def format_model_table(result: dict) -> str:
+    """Render per-model metrics as a table with the classifier's accuracy and the result file."""
+    rows = [[_format_number(pattern, row.get(key)) for _, key, pattern in MODEL_COLUMNS] for row in result["models"]]
+    classifier = result["classifier"]
+    return "\n".join([
+        format_table([header for header, _, _ in MODEL_COLUMNS], rows),
+        f"feature classifier: test accuracy {classifier['test_accuracy']:.4f} on {classifier['test_images']} images",
+        f"FD gen compares {result['models'][0]['half_size']} generated images with half of the real ones; "
+        "FD real/2 compares the two halves (the sample-noise floor)" if result["models"] else "",
+        f"saved to {result['result_file']}",
+    ])
+
+
+def format_study_table(result: dict) -> str:
+    """Render the held-out study: one row per method with mean, spread and ratio to cluster-GAN-cluster."""
+    from engine.evaluation import METHOD_LABELS, METHODS, OURS
+
+    summary = result["summary"]
+    lines = [
+        f"held-out cells: {summary['cells']}, with all four methods: {summary['paired_cells']}; "
+        f"digits done {result['digits_done']}; {result.get('elapsed_seconds', 0):.0f} s",
+    ]
+    if not summary["metrics"]:
+        return "\n".join([*lines, "no cell has a value for every method", f"saved to {result['result_file']}"])
+    headers = ["method", "energy mean", "± sem", "ratio", "ours closer", "cross mean", "± sem", "ratio", "pooled FD"]
+    pooled = summary.get("pooled_frechet_distance") or {}
+    rows = []
+    for method in METHODS:
+        energy = summary["metrics"]["energy_distance"][method]
+        cross = summary["metrics"]["cross_distance"][method]
+        rows.append([
+            METHOD_LABELS[method],
+            f"{energy['mean']:.3f}",
+            _format_number("{:.3f}", energy["sem"]),
+            "1" if method == OURS else _format_number("{:.2f}", summary["ratios"]["energy_distance"][method]),
+            "" if method == OURS else f"{summary['ours_closer_share']['energy_distance'][method]:.0%}",
+            f"{cross['mean']:.3f}",
+            _format_number("{:.3f}", cross["sem"]),
+            "1" if method == OURS else _format_number("{:.2f}", summary["ratios"]["cross_distance"][method]),
+            _format_number("{:.2f}", pooled.get(method)),
+        ])
+    lines.append(format_table(headers, rows))
+    lines.append(
+        "energy and cross: feature distances to each hidden cell's real images, mean over cells; "
+        "ratio: method mean / cluster-GAN-cluster mean; ours closer: share of cells where "
+        "cluster-GAN-cluster has the smaller energy distance"
+    )
+    lines.append(f"feature classifier: test accuracy {result['classifier']['test_accuracy']:.4f}")
+    lines.append(f"saved to {result['result_file']}")
+    return "\n".join(lines)
+
+
+def _format_number(pattern: str, value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return pattern.format(value)
 
 
 def command_models(args: argparse.Namespace) -> dict:

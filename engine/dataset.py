@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -54,7 +55,7 @@ class SourceFile:
 class FemnistDataset:
     """Digit images of FEMNIST writers, one row per image.
 
-    ``images`` is uint8 (N, 28, 28) ink intensity; ``digits`` (N,) holds 0-9; ``writer_index`` (N,)
+    ``images`` is uint8 (N, 28, 28) ink intensity; ``digits`` (N,) contains 0-9; ``writer_index`` (N,)
     indexes ``writers``; ``split`` (N,) is 0 for train and 1 for test. The cell X(i, j) of the
     writer x digit matrix is every image of writer i with digit j, from both splits.
     """
@@ -113,16 +114,28 @@ class FemnistDataset:
         Everything computed from the copy (clusters, votes, models) is cached apart from the
         full dataset's, so a hidden cell never leaks into results for the full data.
         """
-        digit = validate_digit(digit)
-        hidden = self.cell_indices(writer, digit)
-        if hidden.size == 0:
-            raise InputError(
-                f"writer {writer} has no images of digit {digit} to hide; "
-                f"their digits are {self.digits_of(writer)}"
-            )
+        return self.without_cells([(writer, digit)])
+
+    def without_cells(self, cells: Iterable[tuple[str, int]]) -> "FemnistDataset":
+        """Return a copy without the images of every cell (writer, digit) in `cells`.
+
+        The fingerprint depends only on the set of hidden cells, so hiding them one by one with
+        `without_cell` or all at once gives the same fingerprint and shares the same caches.
+        Raises InputError for an empty list or a cell with no images.
+        """
+        cells = [(writer, validate_digit(digit)) for writer, digit in cells]
+        if not cells:
+            raise InputError("no cells to hide were given")
         keep = np.ones(len(self.digits), dtype=bool)
-        keep[hidden] = False
-        hidden_cells = tuple(sorted(set(self.hidden_cells) | {(writer, digit)}))
+        for writer, digit in cells:
+            hidden = self.cell_indices(writer, digit)
+            if hidden.size == 0:
+                raise InputError(
+                    f"writer {writer} has no images of digit {digit} to hide; "
+                    f"their digits are {self.digits_of(writer)}"
+                )
+            keep[hidden] = False
+        hidden_cells = tuple(sorted(set(self.hidden_cells) | set(cells)))
         key = json.dumps([self.fingerprint.split("-hide-")[0], hidden_cells])
         fingerprint = self.fingerprint.split("-hide-")[0] + "-hide-" + _short_hash(key.encode())
         return FemnistDataset(
