@@ -45,7 +45,7 @@ def main() -> None:
         for cluster in range(clustering.k):
             started = time.perf_counter()
             checkpoint = None if args.retrain else studio.load_model(digit, cluster, args.k)
-            if checkpoint is None or checkpoint.config != config:
+            if checkpoint is None or checkpoint.config != config or not checkpoint.completed:
                 checkpoint = studio.train_model(digit, cluster, args.k, config)
             row = {"digit": digit, "cluster": cluster, "images": checkpoint.image_count}
             for truncation in truncations:
