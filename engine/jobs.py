@@ -979,3 +979,24 @@ def _is_process_alive(worker: Worker) -> bool:
     except PermissionError:
         return True  # the pid exists but belongs to another user
     return True
+
+
+def stop_worker(cache_dir: str | os.PathLike, device: str, timeout_seconds: float = 30.0) -> None:
+    """Send SIGTERM to the live worker of `device`, then reap the workers this process started.
+
+    A spawned worker that has not exited after `timeout_seconds` is killed.
+    """
+    worker = open_job_store(cache_dir).live_worker(device)
+    if worker is not None:
+        try:
+            os.kill(worker.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            logger.info("worker %s (pid %d) had already exited", worker.id, worker.pid)
+    for pid, process in list(_spawned_workers.items()):
+        try:
+            process.wait(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            logger.warning("worker pid %d did not stop within %.0f s; killing it", pid, timeout_seconds)
+            process.kill()
+            process.wait()
+        _spawned_workers.pop(pid, None)

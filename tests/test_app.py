@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -56,20 +54,8 @@ def metric_values(app: AppTest) -> dict[str, str]:
 
 
 def stop_workers(cache_dir: Path) -> None:
-    """Stop the worker processes that submit_training started for this cache folder, by pid."""
-    store = jobs.open_job_store(cache_dir)
-    worker = store.live_worker("cpu")
-    if worker is not None:
-        try:
-            os.kill(worker.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for process in list(jobs._spawned_workers.values()):
-        try:
-            process.wait(timeout=30)
-        except Exception:
-            process.kill()
-            process.wait()
+    """Stop the worker processes that submit_training started for this cache folder."""
+    jobs.stop_worker(cache_dir, "cpu")
 
 
 # Set-up screen -----------------------------------------------------------------------------

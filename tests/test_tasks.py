@@ -26,18 +26,7 @@ def job_studio(data_dir, tmp_path) -> Studio:
 
 
 def stop_worker(studio: Studio) -> None:
-    store = jobs.open_job_store(studio.cache_dir)
-    worker = store.live_worker("cpu")
-    if worker is not None:
-        try:
-            os.kill(worker.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for process in list(jobs._spawned_workers.values()):
-        try:
-            process.wait(timeout=20)
-        except Exception:
-            process.kill()
+    jobs.stop_worker(studio.cache_dir, "cpu")
 
 
 def test_training_job_completes_in_worker(job_studio: Studio) -> None:
