@@ -127,7 +127,9 @@ def test_submit_nan_param_raises(store):
 
 
 def test_submit_two_processes_one_job(store):
-    start_at = time.time() + 1.0
+    # Both claimers wait for this moment, so a slow interpreter start on a busy machine does not
+    # let one process claim every job before the other has started.
+    start_at = time.time() + 5.0
     command = [
         sys.executable, str(HELPER), "submit", "--db", str(store.db_path), "--count", "20", "--start-at", str(start_at)
     ]
@@ -209,7 +211,9 @@ def test_claim_next_other_device_returns_none(store):
 
 def test_claim_next_two_processes_disjoint(store):
     job_ids = {store.submit("echo", {"index": index}).id for index in range(200)}
-    start_at = time.time() + 1.0
+    # Both claimers wait for this moment, so a slow interpreter start on a busy machine does not
+    # let one process claim every job before the other has started.
+    start_at = time.time() + 5.0
     processes = {
         worker_id: subprocess.Popen(
             [
