@@ -1,7 +1,7 @@
 """Per-digit clustering of writers by style, and placement of single images into those clusters.
 
 For digit j every writer who has j gets a style vector: the mean of the features (`engine.style`)
-of their images of j. The vectors are standardised where the representation asks for it, reduced
+of their images of j. The vectors are standardised where the representation requires it, reduced
 with PCA and clustered with k-means. A single image, real or generated, is placed by the same
 transform followed by the nearest centroid; that is the rule behind cluster consistency.
 """

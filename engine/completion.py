@@ -30,9 +30,9 @@ TIE_BREAK = "most images of the digit, then lowest cluster index"
 class ClusterChoice:
     """The chosen cluster of digit `digit` for `writer`, and everything that led to it.
 
-    ``writer_clusters`` maps each other digit the writer has to their cluster for it;
-    ``related_writers`` maps the same digits to the other members of that cluster;
-    ``votes`` has one count per cluster of `digit`; ``tied`` lists the clusters that shared the
+    ``writer_clusters`` maps each other digit the writer has to their cluster for it.
+    ``related_writers`` maps the same digits to the other members of that cluster.
+    ``votes`` has one count per cluster of `digit`. ``tied`` lists the clusters that shared the
     highest count before the tie-break.
     """
 
