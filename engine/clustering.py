@@ -37,10 +37,10 @@ CLUSTERING_FORMAT_VERSION = 1
 class DigitClustering:
     """Writers of one digit clustered by style, with the transform that places new images.
 
-    Arrays: ``labels`` (W,) cluster of each writer in ``writers``; ``image_counts`` (W,) images of the
-    digit per writer; ``vectors`` (W, D) the writers' reduced style vectors; ``centroids`` (k, D);
-    ``feature_mean``/``feature_scale`` (F,) the standardisation; ``pca_mean`` (F,) and
-    ``pca_components`` (D, F) the reduction.
+    Arrays: ``labels`` (W,) is the cluster of each writer in ``writers``. ``image_counts`` (W,) counts
+    the digit's images per writer. ``vectors`` (W, D) are the writers' reduced style vectors, and
+    ``centroids`` (k, D) the cluster centres. ``feature_mean``/``feature_scale`` (F,) are the
+    standardisation, and ``pca_mean`` (F,) with ``pca_components`` (D, F) the reduction.
     """
 
     digit: int

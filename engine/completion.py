@@ -1,7 +1,7 @@
 """Cluster choice for a cell X(i, j): the vote over related writers of cluster-GAN-cluster.
 
 For each digit d != j that writer i has, the related writers are the other members of i's cluster
-for d. Each related writer who has digit j votes for their own cluster of digit j; a writer related
+for d. Each related writer who has digit j votes for their own cluster of digit j. A writer related
 through several digits votes once per digit, so writers who resemble i on more digits weigh more.
 The cluster with the most votes wins.
 

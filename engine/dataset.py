@@ -55,8 +55,8 @@ class SourceFile:
 class FemnistDataset:
     """Digit images of FEMNIST writers, one row per image.
 
-    ``images`` is uint8 (N, 28, 28) ink intensity; ``digits`` (N,) contains 0-9; ``writer_index`` (N,)
-    indexes ``writers``; ``split`` (N,) is 0 for train and 1 for test. The cell X(i, j) of the
+    ``images`` is uint8 (N, 28, 28) ink intensity. ``digits`` (N,) contains 0-9. ``writer_index`` (N,)
+    indexes ``writers``. ``split`` (N,) is 0 for train and 1 for test. The cell X(i, j) of the
     writer x digit matrix is every image of writer i with digit j, from both splits.
     """
 

@@ -50,8 +50,8 @@ class DCGANConfig:
     latent_dim: int = 100  # length of the noise vector z
     generator_features: int = 64  # channels of the generator's 14x14 layer, and twice as many at 7x7
     discriminator_features: int = 64  # channels of the discriminator's 14x14 layer, and twice as many at 7x7
-    # A cluster of the shared sample holds about 400-1,000 images. With 32 per step and 100 passes
-    # that is about 1,500-3,000 optimiser steps; 30 passes of 64 left the samples unrecognisable.
+    # A cluster of the shared sample contains about 400-1,000 images. With 32 per step and 100 passes
+    # that is about 1,500-3,000 optimiser steps. 30 passes of 64 left the samples unrecognisable.
     batch_size: int = 32  # images per step, lowered to the image count when fewer images are given
     epochs: int = 100  # passes over the training images
     learning_rate: float = 2e-4  # Adam step size for both networks

@@ -1,4 +1,4 @@
-"""Where the data and the cache live, and which torch device to use."""
+"""Resolution of the data folder, the cache folder and the torch device from options and environment."""
 
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ class ConsistencyReport:
 
     The per-image figures place each image alone (nearest centroid to its style vector). The set
     figures place random sets of `set_size` images by the mean of their style vectors, the way a
-    writer's cell is clustered; `set_size` is the median cell size of the digit's writers.
+    writer's cell is clustered. `set_size` is the median cell size of the digit's writers.
     """
 
     cluster: int
